@@ -98,6 +98,7 @@ class ServiceApp:
         """Report NOT_SERVING, stop accepting streams, let in-flight ones finish (up to drain_seconds)."""
         log.info("draining", extra={"grace_s": self.config.drain_seconds, "active": self._active})
         await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.config.drain_notice_seconds)  # let probes and balancers see NOT_SERVING
         await self.server.stop(self.config.drain_seconds)
         for hook in self._shutdown:
             with contextlib.suppress(Exception):

@@ -35,6 +35,9 @@ class ServerConfig(Settings):
     host: str = Field("127.0.0.1", description="gRPC bind address")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free port")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one")
+    drain_notice_seconds: float = Field(
+        0.5, ge=0, description="on SIGTERM, report NOT_SERVING this long before refusing new streams"
+    )
     drain_seconds: float = Field(5.0, ge=0, description="grace period for in-flight streams on SIGTERM")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest accepted gRPC message")
     max_sessions: int = Field(64, gt=0, description="concurrent streams accepted before RESOURCE_EXHAUSTED")
@@ -88,12 +91,12 @@ def load_config(
     """Build ``model`` for ``section`` from YAML (``common`` then ``section``), env, then ``overrides``."""
     environ = dict(os.environ if environ is None else environ)
     doc = read_yaml(yaml_path if yaml_path is not None else environ.get(f"{ENV_PREFIX}CONFIG"))
-    data: dict[str, Any] = {}
-    data = _deep_merge(data, doc.get("common") or {})
+    # Start from the model's own defaults so a partial nested override keeps the other nested defaults.
+    data: dict[str, Any] = model.model_construct().model_dump()
+    # `common` may carry keys a section does not define (e.g. server.* for the orchestrator): keep known ones.
+    common = _deep_merge(doc.get("common") or {}, _env_overrides("common", environ))
+    data = _deep_merge(data, {k: v for k, v in common.items() if k in model.model_fields})
     data = _deep_merge(data, doc.get(section) or {})
-    data = _deep_merge(data, _env_overrides("common", environ))
     data = _deep_merge(data, _env_overrides(section, environ))
     data = _deep_merge(data, overrides)
-    # `common` may carry server keys that a section does not define; keep only known fields.
-    known = set(model.model_fields)
-    return model.model_validate({k: v for k, v in data.items() if k in known})
+    return model.model_validate(data)

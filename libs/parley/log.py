@@ -14,12 +14,12 @@ import sys
 import time
 from typing import Any
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("parley_log_context", default={})
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("parley_log_context", default=None)
 
 
 def bind(**fields: Any) -> contextvars.Token:
     """Add fields to the log context of the current task; returns a token for ``unbind``."""
-    return _context.set({**_context.get(), **{k: v for k, v in fields.items() if v not in (None, "")}})
+    return _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v not in (None, "")}})
 
 
 def unbind(token: contextvars.Token) -> None:
@@ -44,7 +44,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(_context.get())
+        entry.update(_context.get() or {})
         for key, value in record.__dict__.items():
             if key not in self._skip and not key.startswith("_"):
                 entry[key] = value

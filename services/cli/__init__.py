@@ -1,0 +1,1 @@
+"""The ``parley`` command: run the local stack and talk to it."""

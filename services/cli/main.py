@@ -1,0 +1,137 @@
+"""``parley`` command line: ``up``, ``down``, ``converse``.
+
+    parley up [--demo]                         start Redis + all services, serve until Ctrl-C
+    parley converse --audio q.wav --out r.wav  one spoken turn through the running stack (or a temporary one)
+    parley down                                stop a stack started by ``parley up`` elsewhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from parley.audio import Audio, read_wav
+from parley.errors import InvalidInput
+from services.cli.converse import TurnResult, converse_once, save_reply
+from services.cli.stack import Stack, discover, stop_recorded
+
+DEMO_QUESTION = "What is the capital of France?"
+
+
+def _print_turn(result: TurnResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.summary(), indent=2))
+        return
+    print(f"session     {result.session_id}")
+    print(f"you said    {result.transcript!r}")
+    print(f"replica     {result.reply_text!r}")
+    if result.error:
+        print(f"error       {result.error}")
+    print("latency (ms from the end of your speech):")
+    for key, value in result.latency.items():
+        print(f"  {key:<28} {value:>8.1f}")
+
+
+def _run_turn(info, audio: Audio, out: str | None) -> TurnResult:
+    result = asyncio.run(converse_once(info.endpoints, info.redis_url, audio))
+    if out:
+        save_reply(result, out)
+    return result
+
+
+def synthesize_question(text: str) -> Audio:
+    """Speech for ``text`` from the bundled TTS voice (used by the demo)."""
+    from hibari import SAMPLE_RATE, Hibari
+
+    return Audio(Hibari()(text, seed=1), SAMPLE_RATE)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = Stack(run_dir=args.run_dir, config_path=args.config)
+    print("starting Redis and the turn, asr, llm and tts services ...", flush=True)
+    info = stack.start()
+    print(json.dumps({"redis": info.redis_url, "endpoints": info.endpoints, "metrics": info.metrics}, indent=2))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if args.demo:
+            run_dir = Path(args.run_dir)
+            question = synthesize_question(args.demo_text)
+            from parley.audio import write_wav
+
+            write_wav(run_dir / "demo-question.wav", question.samples, question.sample_rate)
+            print(f"\ndemo turn: asking {args.demo_text!r} by voice ...", flush=True)
+            result = _run_turn(info, question, str(run_dir / "demo-reply.wav"))
+            _print_turn(result, as_json=False)
+            print(f"reply audio: {run_dir / 'demo-reply.wav'}")
+        if args.exit_after_demo:
+            return 0
+        print("\nservices are up; `parley converse --audio question.wav --out reply.wav` talks to them. "
+              "Ctrl-C stops.", flush=True)
+        stop.wait()
+    finally:
+        codes = stack.stop()
+        print(f"stopped: {codes}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if stop_recorded(args.run_dir):
+        print("asked the running stack to stop")
+        return 0
+    print("no running stack recorded in", args.run_dir)
+    return 1
+
+
+def cmd_converse(args: argparse.Namespace) -> int:
+    try:
+        audio = read_wav(args.audio)
+    except (InvalidInput, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    info = discover(args.run_dir)
+    if info is not None:
+        result = _run_turn(info, audio, args.out)
+    else:
+        print("no running stack found; starting one for this turn ...", file=sys.stderr, flush=True)
+        with Stack(run_dir=args.run_dir, config_path=args.config) as info:
+            result = _run_turn(info, audio, args.out)
+    _print_turn(result, args.json)
+    if not args.json and args.out and result.reply_audio is not None:
+        print(f"reply audio: {args.out}")
+    return 0 if not result.error and result.reply_text else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="Parley conversational video interface")
+    parser.add_argument("--run-dir", default=".parley", help="where the local stack keeps logs and stack.json")
+    parser.add_argument("--config", default=None, help="YAML config file (else PARLEY_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start Redis and every service locally")
+    up.add_argument("--demo", action="store_true", help="run one spoken demo turn once the services are up")
+    up.add_argument("--demo-text", default=DEMO_QUESTION)
+    up.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (for scripts)")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop a stack started by `parley up`")
+    down.set_defaults(func=cmd_down)
+    conv = sub.add_parser("converse", help="one spoken turn: question audio in, reply audio out")
+    conv.add_argument("--audio", required=True, help="question as a WAV file")
+    conv.add_argument("--out", default=None, help="where to write the reply WAV")
+    conv.add_argument("--json", action="store_true", help="print the result as JSON")
+    conv.set_defaults(func=cmd_converse)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

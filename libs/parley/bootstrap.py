@@ -39,15 +39,10 @@ class ServiceApp:
     def __init__(self, name: str, config: ServerConfig) -> None:
         self.name = name
         self.config = config
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        self.server: grpc.aio.Server | None = None  # created in start(), inside the serving event loop
         self.health = HealthServicer()
         self.service_names: list[str] = []
+        self._servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = []
         self.port = 0
         self.metrics_port = 0
         self.sessions: SessionStore | None = None
@@ -59,7 +54,7 @@ class ServiceApp:
 
     def add_service(self, full_name: str, add_fn: Callable[[Any, grpc.aio.Server], None], servicer: Any) -> None:
         """Register a servicer (``add_XServicer_to_server``) under its full proto name."""
-        add_fn(servicer, self.server)
+        self._servicers.append((add_fn, servicer))
         self.service_names.append(full_name)
 
     def on_startup(self, hook: Hook) -> None:
@@ -72,6 +67,15 @@ class ServiceApp:
 
     async def start(self) -> None:
         """Bind, run start-up hooks, then report SERVING for every registered service."""
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.config.max_message_bytes),
+                ("grpc.max_send_message_length", self.config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        for add_fn, servicer in self._servicers:
+            add_fn(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

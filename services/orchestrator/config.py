@@ -25,7 +25,7 @@ class OrchestratorConfig(Settings):
     persona_prompt: str = Field("", description="system prompt; empty = the LLM service's default persona")
     history_turns: int = Field(6, ge=0, description="earlier user/replica utterances sent to the LLM")
     temperature: float = Field(0.3, ge=0, le=2)
-    max_tokens: int = Field(80, gt=0, le=4096, description="reply length cap (spoken replies are short)")
+    max_tokens: int = Field(80, gt=0, le=512, description="reply length cap (spoken replies are short)")
     voice: str = Field("", description="TTS voice; empty = the TTS service's default")
     input_sample_rate: int = Field(16_000, description="rate of audio sent to turn/ASR (they resample anyway)")
     frame_ms: int = Field(20, gt=0, le=200, description="size of audio frames sent upstream")

@@ -152,7 +152,8 @@ class ServiceApp:
                     yield item
             finally:
                 self._active -= 1
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # gRPC cancels the handler task, or closes this generator while it waits to send.
             code = "CANCELLED"
             raise
         except ParleyError as exc:
@@ -171,7 +172,8 @@ class ServiceApp:
         finally:
             metrics.STREAMS_ACTIVE.labels(self.name, method).dec()
             metrics.STREAMS_TOTAL.labels(self.name, method, code).inc()
-            unbind(token)
+            with contextlib.suppress(ValueError):  # a generator closed from another context
+                unbind(token)
 
 
 def run_service(app: ServiceApp) -> None:

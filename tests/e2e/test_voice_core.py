@@ -113,8 +113,8 @@ async def test_barge_in_cancels_llm_and_tts_streams(stack, speak, redis_url):
     barge.cancel()
     # Both streams ended by cancellation, and no reply audio of that turn came after the interruption.
     assert reply.llm_call.done() and reply.tts_call.done()
-    assert reply.llm_call.code() == grpc.StatusCode.CANCELLED
-    assert reply.tts_call.code() == grpc.StatusCode.CANCELLED
+    assert await reply.llm_call.code() == grpc.StatusCode.CANCELLED
+    assert await reply.tts_call.code() == grpc.StatusCode.CANCELLED
     stop = next(e for e in events if isinstance(e, ReplyInterrupted))
     assert stop.turn_id == reply.turn_id
     assert not [e for e in events[cut:] if isinstance(e, ReplyAudio) and e.turn_id == reply.turn_id]

@@ -92,8 +92,14 @@ class ServiceApp:
         await self.server.start()
         if self.config.check_sessions:
             self.sessions = SessionStore(self.config.redis_url)
-        for hook in self._startup:
-            await hook()
+        try:
+            for hook in self._startup:
+                await hook()
+        except BaseException:
+            await self.server.stop(0)  # a failed start must not leave a half-started server behind
+            if self._metrics_httpd is not None:
+                self._metrics_httpd.shutdown()
+            raise
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port})

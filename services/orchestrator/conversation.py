@@ -173,7 +173,9 @@ class Conversation:
             kind = event.WhichOneof("event")
             if kind == "speech_started":
                 self._emit(UserSpeechStarted(now, event.speech_started.speech_start_us))
-                self._asr_req.send(self._asr_control(asr_pb2.AsrControl.SPEECH_RESUMED, event.timestamp_us))
+                self._asr_req.send(
+                    self._asr_control(asr_pb2.AsrControl.SPEECH_RESUMED, event.speech_started.speech_start_us)
+                )
                 if self.config.barge_in and self.replying:
                     await self._barge_in()
             elif kind == "speech_stopped":

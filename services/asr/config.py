@@ -110,9 +110,10 @@ class AsrServiceConfig(Settings):
     )
     pause_decode: bool = Field(
         True,
-        description="start a final-quality decode when speech pauses for 150 ms, so SPEECH_ENDED can adopt it "
-        "(FINALIZE answers sooner; costs one decode per pause)",
+        description="start a final-quality decode when speech pauses for pause_tail_ms, so SPEECH_ENDED can "
+        "adopt it (FINALIZE answers sooner; costs one decode per pause)",
     )
+    pause_tail_ms: int = Field(100, ge=20, le=2000, description="quiet audio that counts as a pause")
     warmup: bool = Field(True, description="load the model and run one decode before reporting SERVING")
 
 

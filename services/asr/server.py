@@ -91,6 +91,7 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
             silence_dbfs=cfg.silence_dbfs,
             max_utterance_s=cfg.max_utterance_s,
             pause_decode=cfg.pause_decode,
+            pause_tail_ms=cfg.pause_tail_ms,
         )
 
     async def _transcribe(self, requests: AsyncIterator[asr_pb2.AsrRequest]) -> AsyncIterator[asr_pb2.AsrEvent]:

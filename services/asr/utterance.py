@@ -34,8 +34,8 @@ log = logging.getLogger("parley.asr.utterance")
 
 PAUSE_BELOW_PEAK_DB = 35.0
 """Audio this far below the utterance's loudest 20 ms (or below the silence level) is a pause."""
-PAUSE_TAIL_MS = 150
-"""The newest this-many ms being quiet make a pause: no partial starts then (the transcript cannot have
+PAUSE_TAIL_MS = 100
+"""Default: the newest this-many ms being quiet make a pause: no partial starts then (the transcript cannot have
 changed), and a pause decode may start instead."""
 
 DecodeFn = Callable[[np.ndarray, bool, Priority], Awaitable[Recognition]]
@@ -82,6 +82,7 @@ class StreamSettings:
     silence_dbfs: float = -50.0
     max_utterance_s: float = 30.0
     pause_decode: bool = True
+    pause_tail_ms: int = PAUSE_TAIL_MS
 
 
 @dataclass
@@ -363,13 +364,13 @@ class UtteranceSession:
             return
         if self._level < s.silence_dbfs:
             return  # nothing audible in this utterance yet
-        tail = self.buffer.samples[-PAUSE_TAIL_MS * SAMPLE_RATE // 1000 :]
+        tail = self.buffer.samples[-s.pause_tail_ms * SAMPLE_RATE // 1000 :]
         if peak_dbfs(tail) < self._pause_threshold():
             # Unless the latest decode already is a final-quality one of all the speech so far:
             unseen = (
                 latest is None or latest.end_us < self._audible_end_us or latest.word_timestamps != s.word_timestamps
             )
-            if s.pause_decode and unseen and self.buffer.end_us - self._audible_end_us >= 1000 * PAUSE_TAIL_MS:
+            if s.pause_decode and unseen and self.buffer.end_us - self._audible_end_us >= 1000 * s.pause_tail_ms:
                 self._start_background(pause=True)
             return  # otherwise wait for speech: the next partial starts with the first audible frame
         if s.partials and self._new_samples >= s.partial_interval_ms * SAMPLE_RATE // 1000:

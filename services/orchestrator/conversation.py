@@ -187,7 +187,10 @@ class Conversation:
                 eot = event.end_of_turn
                 timer = self._timer or TurnTimer(speech_end=self._clock.wall_at(eot.speech_end_us))
                 timer.end_of_turn = now
-                timer.server_ms["turn"] = (event.timestamp_us - eot.speech_end_us) / 1000 + eot.inference_ms
+                # The turn stage's cost is the wait from the end of speech to its decision (silence it must
+                # hear plus model time not hidden by its speculative run), as seen by this client.
+                if timer.speech_end is not None:
+                    timer.server_ms["turn"] = 1000 * (now - timer.speech_end)
                 self._emit(EndOfTurnDetected(now, eot.probability, eot.reason, eot.speech_end_us))
                 self._finalize_sent = time.monotonic()
                 self._asr_req.send(self._asr_control(asr_pb2.AsrControl.FINALIZE, eot.speech_end_us))

@@ -289,18 +289,18 @@ async def test_pause_decode_starts_after_speech_and_is_adopted_by_speech_ended()
     decode = FakeDecode(delay=0.05)
     session, events = make(decode)  # partials off: pause decodes still run
     push_frames(session, noise(1.0))
-    push_frames(session, np.zeros(1600, np.float32), 1_000_000)  # 100 ms: not a pause yet
+    push_frames(session, np.zeros(960, np.float32), 1_000_000)  # 60 ms: not a pause yet (pause_tail_ms=100)
     await settle()
     assert decode.calls == []
-    push_frames(session, np.zeros(960, np.float32), 1_100_000)  # 160 ms quiet
+    push_frames(session, np.zeros(960, np.float32), 1_060_000)  # 120 ms quiet
     await settle()
-    assert decode.calls == [(1.16, True, Priority.EARLY_FINAL)]
+    assert decode.calls == [(1.1, True, Priority.EARLY_FINAL)]  # starts once 100 ms are quiet
     await asyncio.sleep(0.1)  # done before SPEECH_ENDED arrives
-    push_frames(session, np.zeros(1600, np.float32), 1_160_000)
+    push_frames(session, np.zeros(1600, np.float32), 1_120_000)
     session.speech_ended(1_000_000)
     assert session.adopted_partials == 1 and session.early_decodes == 0
     final = await session.finalize(1_000_000)
-    assert final.reused_early_decode and final.text == "1.16s" and len(decode.calls) == 1
+    assert final.reused_early_decode and final.text == "1.10s" and len(decode.calls) == 1
     assert events == [final]  # no partials were asked for
 
 

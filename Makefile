@@ -50,6 +50,7 @@ test-fast: install
 bench: install
 	mkdir -p bench/results
 	$(BIN)/python -m bench.voice_core --turns $${TURNS:-12} --out bench/results/voice_core.json
+	$(BIN)/python -m bench.renderer --out bench/results/renderer.json
 
 lint: install
 	$(BIN)/ruff check libs services tests bench

@@ -18,6 +18,7 @@ from pathlib import Path
 from parley.audio import Audio, read_wav
 from parley.errors import InvalidInput
 from services.cli.converse import TurnResult, converse_once, save_reply
+from services.cli.replica_commands import add_replica_commands
 from services.cli.stack import Stack, discover, stop_recorded
 
 DEMO_QUESTION = "What is the capital of France?"
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", default=None, help="where to write the reply WAV")
     conv.add_argument("--json", action="store_true", help="print the result as JSON")
     conv.set_defaults(func=cmd_converse)
+    add_replica_commands(sub)
     return parser
 
 

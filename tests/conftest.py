@@ -52,3 +52,21 @@ def speak():
         return _speech_cache[key]
 
     return _speak
+
+
+@pytest.fixture(scope="session")
+def replica_store(tmp_path_factory):
+    """A ReplicaStore shared by the whole test session (``$PARLEY_TEST_REPLICA_DIR`` to reuse builds
+    across runs). Its root is exported as ``PARLEY_REPLICA_DIR`` so service processes use it too."""
+    from services.renderer.replica import ReplicaStore
+
+    root = os.environ.get("PARLEY_TEST_REPLICA_DIR") or str(tmp_path_factory.mktemp("replicas"))
+    os.environ["PARLEY_REPLICA_DIR"] = root
+    return ReplicaStore(root)
+
+
+@pytest.fixture(scope="session")
+def astronaut_replica(replica_store):
+    """The default (astronaut) replica, built once per session with real MediaPipe + torch
+    (about 25-70 s on 2 CPU cores)."""
+    return replica_store.default()

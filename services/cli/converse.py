@@ -36,6 +36,8 @@ class TurnResult:
     reply_text: str = ""
     latency: dict[str, float] = field(default_factory=dict)
     reply_audio: Audio | None = None
+    words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start_s, end_s) on the reply
+    phonemes: list[tuple[str, float, float]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
@@ -89,7 +91,10 @@ async def converse_once(
 ) -> TurnResult:
     """Stream ``audio`` as the user's speech and collect the replica's first complete reply."""
     config = (config or OrchestratorConfig()).model_copy(
-        update={"endpoints": StageEndpoints(**endpoints), "redis_url": redis_url}
+        update={
+            "endpoints": StageEndpoints(**{k: v for k, v in endpoints.items() if k in StageEndpoints.model_fields}),
+            "redis_url": redis_url,
+        }
     )
     clients = StageClients(config.endpoints)
     store = SessionStore(redis_url, ttl_s=config.session_ttl_s)
@@ -109,6 +114,10 @@ async def converse_once(
                     result.transcript = event.text
                 elif isinstance(event, ReplyAudio):
                     chunks.append(event)
+                    result.words += [(w["word"], w["start_us"] / 1e6, w["end_us"] / 1e6) for w in event.words]
+                    result.phonemes += [
+                        (p["phoneme"], p["start_us"] / 1e6, p["end_us"] / 1e6) for p in event.phonemes
+                    ]
                 elif isinstance(event, ReplyDone):
                     result.reply_text, result.latency = event.reply_text, event.latency
                     done.set()
@@ -132,8 +141,14 @@ async def converse_once(
     return result
 
 
-def save_reply(result: TurnResult, out: str | Path) -> Path | None:
-    """Write the reply audio as WAV (the only format this issue's pipeline produces)."""
+def save_reply(result: TurnResult, out: str | Path, replica: str | None = None) -> Path | None:
+    """Write the reply: ``.mp4`` renders the replica speaking it (H.264 + AAC, lips from the TTS timings),
+    anything else is written as a WAV of the reply audio."""
     if result.reply_audio is None:
         return None
-    return write_wav(out, result.reply_audio.samples, result.reply_audio.sample_rate)
+    audio = result.reply_audio
+    if str(out).lower().endswith(".mp4"):
+        from services.renderer.mp4 import render_reply_mp4
+
+        return render_reply_mp4(replica, audio.samples, audio.sample_rate, result.words, result.phonemes, out)
+    return write_wav(out, audio.samples, audio.sample_rate)

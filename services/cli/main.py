@@ -19,7 +19,7 @@ from parley.audio import Audio, read_wav
 from parley.errors import InvalidInput
 from services.cli.converse import TurnResult, converse_once, save_reply
 from services.cli.replica_commands import add_replica_commands
-from services.cli.stack import Stack, discover, stop_recorded
+from services.cli.stack import VOICE_SERVICES, Stack, discover, stop_recorded
 
 DEMO_QUESTION = "What is the capital of France?"
 
@@ -38,10 +38,10 @@ def _print_turn(result: TurnResult, as_json: bool) -> None:
         print(f"  {key:<28} {value:>8.1f}")
 
 
-def _run_turn(info, audio: Audio, out: str | None) -> TurnResult:
+def _run_turn(info, audio: Audio, out: str | None, replica: str | None = None) -> TurnResult:
     result = asyncio.run(converse_once(info.endpoints, info.redis_url, audio))
     if out:
-        save_reply(result, out)
+        save_reply(result, out, replica)
     return result
 
 
@@ -71,6 +71,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             result = _run_turn(info, question, str(run_dir / "demo-reply.wav"))
             _print_turn(result, as_json=False)
             print(f"reply audio: {run_dir / 'demo-reply.wav'}")
+            if result.reply_audio is not None and "renderer" in info.endpoints:
+                video = save_reply(result, run_dir / "demo-reply.mp4")
+                print(f"reply video: {video}")
         if args.exit_after_demo:
             return 0
         print("\nservices are up; `parley converse --audio question.wav --out reply.wav` talks to them. "
@@ -98,11 +101,11 @@ def cmd_converse(args: argparse.Namespace) -> int:
         return 2
     info = discover(args.run_dir)
     if info is not None:
-        result = _run_turn(info, audio, args.out)
+        result = _run_turn(info, audio, args.out, args.replica)
     else:
         print("no running stack found; starting one for this turn ...", file=sys.stderr, flush=True)
-        with Stack(run_dir=args.run_dir, config_path=args.config) as info:
-            result = _run_turn(info, audio, args.out)
+        with Stack(run_dir=args.run_dir, config_path=args.config, services=VOICE_SERVICES) as info:
+            result = _run_turn(info, audio, args.out, args.replica)
     _print_turn(result, args.json)
     if not args.json and args.out and result.reply_audio is not None:
         print(f"reply audio: {args.out}")
@@ -123,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
     conv = sub.add_parser("converse", help="one spoken turn: question audio in, reply audio out")
     conv.add_argument("--audio", required=True, help="question as a WAV file")
-    conv.add_argument("--out", default=None, help="where to write the reply WAV")
+    conv.add_argument("--out", default=None, help="reply.wav (audio) or reply.mp4 (the replica speaking it)")
+    conv.add_argument("--replica", default=None, help="replica id for --out *.mp4 (default: the astronaut)")
     conv.add_argument("--json", action="store_true", help="print the result as JSON")
     conv.set_defaults(func=cmd_converse)
     add_replica_commands(sub)

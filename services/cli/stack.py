@@ -23,7 +23,10 @@ from parley.redis_server import RedisProcess, free_port
 
 log = logging.getLogger("parley.stack")
 
-SERVICES = ("turn", "asr", "llm", "tts")
+VOICE_SERVICES = ("turn", "asr", "llm", "tts")
+"""The stage services one spoken turn needs."""
+SERVICES = (*VOICE_SERVICES, "renderer")
+"""Everything ``parley up`` starts."""
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -58,7 +58,9 @@ class RendererServiceConfig(Settings):
     audio_sample_rate: int = Field(
         24_000, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE, description="rate of the audio re-emitted with the video"
     )
-    replica_dir: str = Field(".parley/replicas", description="folder of built replicas (ReplicaStore root)")
+    replica_dir: str = Field(
+        "", description="ReplicaStore root; '' = $PARLEY_REPLICA_DIR, else ~/.cache/parley/replicas"
+    )
     default_replica: str = Field("", description="replica used when a stream names none; '' = the built-in default")
     max_sessions: int = Field(4, ge=1, le=1024, description="concurrent render streams (RESOURCE_EXHAUSTED above)")
     render_threads: int = Field(2, ge=1, le=64, description="worker threads rendering frames (cpu backend)")

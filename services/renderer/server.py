@@ -85,7 +85,7 @@ class ReplicaCache:
         if self._store is None:
             from services.renderer.replica import ReplicaStore
 
-            self._store = ReplicaStore(self.config.replica_dir)
+            self._store = ReplicaStore(self.config.replica_dir or None)
         return self._store
 
     def resolve_id(self, replica_id: str) -> str:

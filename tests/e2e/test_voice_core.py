@@ -159,3 +159,25 @@ def test_cli_converse_uses_the_running_stack(stack, speak, tmp_path):
     assert all(summary["latency_ms"][k] > 0 for k in LATENCY_FIELDS)
     reply = read_wav(out)
     assert reply.duration_s > 0.3 and float(np.max(np.abs(reply.samples))) > 0.05
+
+
+def test_cli_converse_writes_an_mp4_of_the_replica_speaking(stack, speak, tmp_path, astronaut_replica):
+    import av
+
+    question = tmp_path / "question.wav"
+    audio = speak("What is the capital of France?")
+    write_wav(question, audio.samples, audio.sample_rate)
+    out = tmp_path / "reply.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "--run-dir", str(stack.run_dir), "converse",
+         "--audio", str(question), "--out", str(out), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    with av.open(str(out)) as container:
+        kinds = {s.type: s for s in container.streams}
+        assert kinds["video"].codec_context.name == "h264" and kinds["audio"].codec_context.name == "aac"
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) >= 30 * summary["reply_audio_s"] * 0.9
+    assert max(float(f.std()) for f in frames) > 20  # a face, not a blank frame

@@ -1,33 +1,14 @@
 """Renderer fixtures shared by the replica/raster tests and the driving/service tests.
 
-``astronaut_replica`` builds the default replica from ``skimage.data.astronaut()`` once per test
-session (about 25-70 s on 2 CPU cores) into a temporary store; set ``PARLEY_TEST_REPLICA_DIR`` to a
-directory to reuse a build across runs.
+``replica_store`` and ``astronaut_replica`` live in tests/conftest.py (shared by every test folder).
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 
 from services.renderer.controls import Controls
-
-
-@pytest.fixture(scope="session")
-def replica_store(tmp_path_factory):
-    """A ReplicaStore in a session temp dir (or ``$PARLEY_TEST_REPLICA_DIR``)."""
-    from services.renderer.replica import ReplicaStore
-
-    root = os.environ.get("PARLEY_TEST_REPLICA_DIR") or tmp_path_factory.mktemp("replicas")
-    return ReplicaStore(root)
-
-
-@pytest.fixture(scope="session")
-def astronaut_replica(replica_store):
-    """The default (astronaut) replica, built once per session with real MediaPipe + torch."""
-    return replica_store.default()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from parley.audio import Audio, read_wav
 from parley.errors import InvalidInput
+from services.cli.control_commands import add_control_commands
 from services.cli.converse import TurnResult, converse_once, save_reply
 from services.cli.replica_commands import add_replica_commands
 from services.cli.stack import VOICE_SERVICES, Stack, discover, stop_recorded
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--json", action="store_true", help="print the result as JSON")
     conv.set_defaults(func=cmd_converse)
     add_replica_commands(sub)
+    add_control_commands(sub)
     return parser
 
 

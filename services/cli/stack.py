@@ -25,7 +25,7 @@ log = logging.getLogger("parley.stack")
 
 VOICE_SERVICES = ("turn", "asr", "llm", "tts")
 """The stage services one spoken turn needs."""
-SERVICES = (*VOICE_SERVICES, "renderer")
+SERVICES = (*VOICE_SERVICES, "renderer", "control")
 """Everything ``parley up`` starts."""
 ROOT = Path(__file__).resolve().parents[2]
 

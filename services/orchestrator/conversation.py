@@ -72,6 +72,7 @@ class Conversation:
         self._reply_user_text = ""
         self._playout_end = 0.0
         self.last_reply: Reply | None = None
+        self.context = ""  # extra LLM context (persona context, interactions append / overwrite it)
         self.closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -144,9 +145,23 @@ class Conversation:
         """Treat ``text`` as a finished user utterance (typed input, API injection)."""
         await self._user_said(text, TurnTimer())
 
+    async def say(self, text: str) -> None:
+        """Speak ``text`` as the replica, bypassing the LLM (echo); interrupts a reply in progress."""
+        await self._barge_in()
+        await self._start_reply(self._reply_user_text, [], TurnTimer(), echo_text=text)
+
     async def interrupt(self) -> None:
         """Stop the replica now, as a barge-in would."""
         await self._barge_in()
+
+    def set_context(self, text: str, append: bool = False) -> None:
+        """Overwrite (or append to) the extra context the LLM gets with the persona prompt."""
+        self.context = f"{self.context}\n{text}".strip() if append else text.strip()
+
+    @property
+    def persona_prompt(self) -> str:
+        """The system prompt sent with each LLM request: persona plus context."""
+        return "\n\n".join(p for p in (self.config.persona_prompt, self.context) if p)
 
     @property
     def replying(self) -> bool:
@@ -216,10 +231,14 @@ class Conversation:
         await self._cancel_reply()
         history = await self._history()
         await self.store.append_utterance(self.session_id, "user", text)
+        await self._start_reply(text, [*history, {"role": "user", "content": text}], timer)
+
+    async def _start_reply(self, user_text: str, messages: list[dict[str, str]], timer: TurnTimer,
+                           echo_text: str | None = None) -> None:
         self._turn_id += 1
-        messages = [*history, {"role": "user", "content": text}]
-        reply = Reply(self.clients, self.config, self._ref(), self._turn_id, messages, timer, self._emit_reply)
-        self._reply, self.last_reply, self._reply_user_text = reply, reply, text
+        reply = Reply(self.clients, self.config, self._ref(), self._turn_id, messages, timer, self._emit_reply,
+                      echo_text=echo_text, persona_prompt=self.persona_prompt or None)
+        self._reply, self.last_reply, self._reply_user_text = reply, reply, user_text
         self._reply_task = asyncio.create_task(self._run_reply(reply, timer))
 
     async def _run_reply(self, reply: Reply, timer: TurnTimer) -> None:
@@ -255,7 +274,7 @@ class Conversation:
 
     async def _barge_in(self) -> None:
         reply = self._reply
-        if reply is None:
+        if reply is None or not self.replying:
             return
         await self._cancel_reply()
         played_us = 0

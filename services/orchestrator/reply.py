@@ -42,7 +42,11 @@ class ReplyResult:
 
 class Reply:
     """Runs LLM -> TTS for one turn. ``run()`` returns when the audio is synthesized; cancel its task
-    to stop both streams (the gRPC calls are cancelled, so the services stop generating)."""
+    to stop both streams (the gRPC calls are cancelled, so the services stop generating).
+
+    With ``echo_text`` the LLM is skipped and the text is spoken as is (the "echo" interaction).
+    ``persona_prompt`` overrides the configured one (the conversation's persona plus its context).
+    """
 
     def __init__(
         self,
@@ -53,8 +57,13 @@ class Reply:
         messages: list[dict[str, str]],
         timer: TurnTimer,
         emit: Callable[[Event], None],
+        *,
+        echo_text: str | None = None,
+        persona_prompt: str | None = None,
     ) -> None:
         self.clients = clients
+        self.echo_text = echo_text
+        self.persona_prompt = persona_prompt
         self.config = config
         self.session = session
         self.turn_id = turn_id
@@ -70,27 +79,38 @@ class Reply:
         return llm_pb2.LlmRequest(
             chat=llm_pb2.ChatRequest(
                 session=self.session,
-                persona_prompt=self.config.persona_prompt,
+                persona_prompt=self.persona_prompt if self.persona_prompt is not None else self.config.persona_prompt,
                 messages=[llm_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in self.messages],
                 sampling=llm_pb2.Sampling(temperature=self.config.temperature, max_tokens=self.config.max_tokens),
             )
         )
 
     async def run(self) -> ReplyResult:
-        llm_requests = RequestStream(self._chat_request())
         tts_requests = RequestStream(
             tts_pb2.TtsRequest(start=tts_pb2.TtsStart(session=self.session, voice=self.config.voice))
         )
         timeout = self.config.rpc_timeout_s
-        self.timer.llm_request = time.monotonic()
-        self.llm_call = self.clients.llm.Generate(llm_requests, timeout=timeout)
         self.tts_call = self.clients.tts.Synthesize(tts_requests, timeout=timeout)
-        try:
-            await asyncio.gather(self._pump_llm(tts_requests), self._pump_tts())
-        finally:
-            llm_requests.close()
+        calls = [self.tts_call]
+        if self.echo_text is not None:
+            self.result.text = self.echo_text
+            tts_requests.send(tts_pb2.TtsRequest(text=tts_pb2.TextPiece(text=self.echo_text)))
+            tts_requests.send(tts_pb2.TtsRequest(flush=tts_pb2.TtsFlush()))
             tts_requests.close()
-            for call in (self.llm_call, self.tts_call):
+            source = None
+        else:
+            llm_requests = RequestStream(self._chat_request())
+            self.timer.llm_request = time.monotonic()
+            self.llm_call = self.clients.llm.Generate(llm_requests, timeout=timeout)
+            calls.append(self.llm_call)
+            source = self._pump_llm(tts_requests)
+        try:
+            await asyncio.gather(*(c for c in (source, self._pump_tts()) if c is not None))
+        finally:
+            if self.echo_text is None:
+                llm_requests.close()
+            tts_requests.close()
+            for call in calls:
                 if not call.done():
                     call.cancel()
         return self.result

@@ -181,3 +181,44 @@ def test_cli_converse_writes_an_mp4_of_the_replica_speaking(stack, speak, tmp_pa
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) >= 30 * summary["reply_audio_s"] * 0.9
     assert max(float(f.std()) for f in frames) > 20  # a face, not a blank frame
+
+
+async def test_say_speaks_text_without_the_llm_and_context_reaches_the_prompt(stack, redis_url):
+    config = OrchestratorConfig(endpoints=StageEndpoints(**stack.endpoints), redis_url=redis_url,
+                                persona_prompt="You are Anna, a hotel concierge.")
+    clients = StageClients(config.endpoints)
+    store = SessionStore(redis_url)
+    conv = Conversation(clients, config, store)
+    await conv.start()
+    chunks, done = [], asyncio.Event()
+
+    async def collect():
+        async for event in conv.events():
+            if isinstance(event, ReplyAudio):
+                chunks.append(event)
+            elif isinstance(event, ReplyDone):
+                done.set()
+
+    collector = asyncio.create_task(collect())
+    try:
+        await conv.say("Welcome to the Grand Hotel.")
+        await asyncio.wait_for(done.wait(), 30)
+        assert conv.last_reply.llm_call is None  # echo bypasses the LLM
+        audio = np.concatenate([c.audio.samples for c in chunks])
+        heard = await transcribe(stack.endpoints["asr"], store, audio, chunks[0].audio.sample_rate)
+        assert "welcome" in heard.lower() and "hotel" in heard.lower(), heard
+        assert (await store.transcript(conv.session_id))[-1]["text"] == "Welcome to the Grand Hotel."
+
+        conv.set_context("The guest is in room 1142.")
+        conv.set_context("Checkout is at noon.", append=True)
+        assert conv.persona_prompt.startswith("You are Anna") and "1142" in conv.persona_prompt
+        assert conv.persona_prompt.endswith("Checkout is at noon.")
+        done.clear()
+        await conv.respond("When is checkout?")
+        await asyncio.wait_for(done.wait(), 30)
+        assert conv.last_reply.persona_prompt == conv.persona_prompt and conv.last_reply.llm_call is not None
+    finally:
+        await conv.close()
+        collector.cancel()
+        await clients.close()
+        await store.close()

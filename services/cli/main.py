@@ -53,11 +53,30 @@ def synthesize_question(text: str) -> Audio:
     return Audio(Hibari()(text, seed=1), SAMPLE_RATE)
 
 
+def open_conversation(info, tenant: str = "local") -> str:
+    """Issue a local API key and create a conversation; returns its URL (the page to open)."""
+    import redis.asyncio as aioredis
+
+    from parley.client import ParleyClient
+    from services.control.auth import KeyStore
+
+    async def issue() -> str:
+        client = aioredis.from_url(info.redis_url, decode_responses=True)
+        try:
+            return (await KeyStore(client).create(tenant, "parley up")).key
+        finally:
+            await client.aclose()
+
+    with ParleyClient(info.endpoints["control"], asyncio.run(issue())) as parley:
+        return parley.create_conversation(name="parley up", participant_join_timeout_s=24 * 3600).conversation_url
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = Stack(run_dir=args.run_dir, config_path=args.config)
+    stack = Stack(run_dir=args.run_dir, config_path=args.config, http_port=args.http_port)
     print("starting Redis and the turn, asr, llm and tts services ...", flush=True)
     info = stack.start()
-    print(json.dumps({"redis": info.redis_url, "endpoints": info.endpoints, "metrics": info.metrics}, indent=2))
+    print(json.dumps({"redis": info.redis_url, "endpoints": info.endpoints, "metrics": info.metrics,
+                      "web": info.urls}, indent=2))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -75,6 +94,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             if result.reply_audio is not None and "renderer" in info.endpoints:
                 video = save_reply(result, run_dir / "demo-reply.mp4")
                 print(f"reply video: {video}")
+        if "gateway" in info.urls and "control" in info.endpoints:
+            url = open_conversation(info)
+            print(f"\ntalk to the replica: open {url}\n(a browser on this machine; allow the microphone)",
+                  flush=True)
         if args.exit_after_demo:
             return 0
         print("\nservices are up; `parley converse --audio question.wav --out reply.wav` talks to them. "
@@ -122,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="run one spoken demo turn once the services are up")
     up.add_argument("--demo-text", default=DEMO_QUESTION)
     up.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (for scripts)")
+    up.add_argument("--http-port", type=int, default=8080, help="the web client's port (0 = a free one)")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop a stack started by `parley up`")
     down.set_defaults(func=cmd_down)

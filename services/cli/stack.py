@@ -25,7 +25,7 @@ log = logging.getLogger("parley.stack")
 
 VOICE_SERVICES = ("turn", "asr", "llm", "tts")
 """The stage services one spoken turn needs."""
-SERVICES = (*VOICE_SERVICES, "renderer", "control")
+SERVICES = (*VOICE_SERVICES, "renderer", "control", "gateway")
 """Everything ``parley up`` starts."""
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +38,7 @@ class StackInfo:
     endpoints: dict[str, str]
     metrics: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
 
 
 def check_health(address: str, timeout_s: float = 2.0) -> bool:
@@ -75,6 +76,7 @@ class Stack:
         config_path: str | None = None,
         host: str = "127.0.0.1",
         extra_env: dict[str, str] | None = None,
+        http_port: int | None = 8080,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.services = services
@@ -82,6 +84,7 @@ class Stack:
         self.config_path = config_path
         self.host = host
         self.extra_env = extra_env or {}
+        self.http_port = http_port  # the gateway's web port (None = a free one)
         self.redis: RedisProcess | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.info: StackInfo | None = None
@@ -99,6 +102,8 @@ class Stack:
             self.redis = RedisProcess(log_path=self.run_dir / "redis.log").start()
             self.redis_url = self.redis.url
         info = StackInfo(redis_url=self.redis_url, endpoints={}, metrics={})
+        if "gateway" in self.services:
+            info.urls["gateway"] = f"http://{self.host}:{self.http_port or free_port(self.host)}"
         for name in self.services:
             port, metrics_port = free_port(self.host), free_port(self.host)
             pythonpath = [str(ROOT), str(ROOT / "libs"), os.environ.get("PYTHONPATH", "")]
@@ -109,6 +114,7 @@ class Stack:
                 f"PARLEY_{name.upper()}__SERVER__HOST": self.host,
                 f"PARLEY_{name.upper()}__SERVER__PORT": str(port),
                 f"PARLEY_{name.upper()}__SERVER__METRICS_PORT": str(metrics_port),
+                **self._wiring(name, info),
                 **self.extra_env,
             }
             if self.config_path:
@@ -130,6 +136,23 @@ class Stack:
             raise
         (self.run_dir / "stack.json").write_text(json.dumps(asdict(info), indent=2))
         return info
+
+    def _wiring(self, name: str, info: StackInfo) -> dict[str, str]:
+        """Control's conversation URLs point at the gateway; the gateway finds the stages and the renderer.
+        Services start in SERVICES order, so the endpoints the gateway needs are known by then."""
+        gateway = info.urls.get("gateway")
+        if name == "control" and gateway:
+            return {"PARLEY_CONTROL__PUBLIC_URL": gateway}
+        if name != "gateway":
+            return {}
+        env = {"PARLEY_GATEWAY__HTTP__HOST": self.host, "PARLEY_GATEWAY__HTTP__PORT": gateway.rsplit(":", 1)[1],
+               "PARLEY_GATEWAY__RENDERER__ADDRESS": info.endpoints.get("renderer", "")}
+        if self.host in ("127.0.0.1", "localhost"):
+            env["PARLEY_GATEWAY__WEBRTC__HOST_CANDIDATES"] = "[127.0.0.1]"
+        for stage in VOICE_SERVICES:
+            if stage in info.endpoints:
+                env[f"PARLEY_GATEWAY__ORCHESTRATOR__ENDPOINTS__{stage.upper()}"] = info.endpoints[stage]
+        return env
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

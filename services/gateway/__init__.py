@@ -1,0 +1,1 @@
+"""The WebRTC gateway: a browser talks face to face with the replica (see ``services/gateway/README.md``)."""

@@ -73,7 +73,7 @@ def open_conversation(info, tenant: str = "local") -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(run_dir=args.run_dir, config_path=args.config, http_port=args.http_port)
-    print("starting Redis and the turn, asr, llm and tts services ...", flush=True)
+    print(f"starting Redis and the {', '.join(stack.services)} services ...", flush=True)
     info = stack.start()
     print(json.dumps({"redis": info.redis_url, "endpoints": info.endpoints, "metrics": info.metrics,
                       "web": info.urls}, indent=2))

@@ -278,6 +278,7 @@ class RtcClient:
         self.messages: list[dict[str, Any]] = []
         self.video_frames = 0
         self.video_pts: list[int] = []
+        self.last_video: Any = None  # the latest decoded av.VideoFrame
         self.audio_frames = 0
         self.resume_id: str | None = None
         self._tasks: list[asyncio.Task] = []
@@ -298,6 +299,7 @@ class RtcClient:
             if track.kind == "video":
                 self.video_frames += 1
                 self.video_pts.append(frame.pts)
+                self.last_video = frame
             else:
                 self.audio_frames += 1
 

@@ -19,6 +19,32 @@ LONG = ("This is a long announcement that goes on for quite a while, so that the
         "in the middle, long before it reaches its natural end, which it never will.")
 
 
+def mouth_corner_lift(rgb: np.ndarray) -> float:
+    """Mouth corners above the lip centre, in eye-distance units (MediaPipe face mesh on a received frame)."""
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
+        found = mesh.process(rgb).multi_face_landmarks
+    assert found, "no face in the received video frame"
+    h, w = rgb.shape[:2]
+    lm = found[0].landmark
+
+    def p(i: int) -> np.ndarray:
+        return np.array([lm[i].x * w, lm[i].y * h])
+
+    centre, corners = (p(13) + p(14)) / 2, (p(61) + p(291)) / 2
+    return float((centre[1] - corners[1]) / np.linalg.norm(p(33) - p(263)))
+
+
+async def sample_lift(client: RtcClient, frames: int = 5) -> float:
+    """Median corner lift over a few frames received 0.15 s apart."""
+    lifts = []
+    for _ in range(frames):
+        lifts.append(mouth_corner_lift(client.last_video.to_ndarray(format="rgb24")))
+        await asyncio.sleep(0.15)
+    return float(np.median(lifts))
+
+
 def stopped(client: RtcClient, prefix: str) -> list[dict]:
     return [m for m in client.messages
             if m["type"] == "replica.stopped_speaking" and m["utterance_id"].startswith(prefix)]
@@ -44,8 +70,14 @@ async def test_interactions_drive_the_call_and_events_flow_back(parley, control)
         await control.interact(cid, echo=pb.Echo(audio=encode_frame(tone, 16000)))
         await client.wait(lambda c: stopped(c, "audio"), 30)
 
-        # emotion and context changes are applied without disturbing the call
-        await control.interact(cid, set_emotion=pb.SetEmotion(emotion="joy", intensity=0.8))
+        # set emotion: the rendered face the participant receives changes (measured by an independent model)
+        neutral = await sample_lift(client)
+        await control.interact(cid, set_emotion=pb.SetEmotion(emotion="joy", intensity=1.0))
+        await asyncio.sleep(1.5)  # emotions ease in over ~0.35 s
+        joyful = await sample_lift(client)
+        assert joyful > neutral + 0.02, (neutral, joyful)
+
+        # context changes are applied without disturbing the call
         await control.interact(cid, overwrite_context=pb.OverwriteContext(context="The secret word is pineapple."))
         await control.interact(cid, append_context=pb.AppendContext(context="Mention it when asked."))
         # respond: as if the user had said it

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -67,6 +68,8 @@ class ServiceApp:
 
     async def start(self) -> None:
         """Bind, run start-up hooks, then report SERVING for every registered service."""
+        if self.config.nice:
+            os.nice(self.config.nice)
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.config.max_message_bytes),

@@ -43,6 +43,9 @@ class ServerConfig(Settings):
     max_sessions: int = Field(64, gt=0, description="concurrent streams accepted before RESOURCE_EXHAUSTED")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="session store")
     check_sessions: bool = Field(True, description="reject streams whose session id is not in the store")
+    nice: int = Field(
+        0, ge=0, le=19, description="raise the process's niceness at start (lower CPU priority on a shared box)"
+    )
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

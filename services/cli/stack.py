@@ -140,6 +140,9 @@ class Stack:
     def _wiring(self, name: str, info: StackInfo) -> dict[str, str]:
         """Control's conversation URLs point at the gateway; the gateway finds the stages and the renderer.
         Services start in SERVICES order, so the endpoints the gateway needs are known by then."""
+        if name == "renderer":
+            # On one shared box, video frames may drop under load; turn-taking and ASR must not wait.
+            return {"PARLEY_RENDERER__SERVER__NICE": "10"}
         gateway = info.urls.get("gateway")
         if name == "control" and gateway:
             return {"PARLEY_CONTROL__PUBLIC_URL": gateway}

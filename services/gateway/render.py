@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -38,26 +38,22 @@ class RenderParams:
             test_pattern=self.test_pattern, mode=renderer_pb2.REPLICA_MODE_IDLE))
 
 
-class RenderLink:
+class RenderLink(Protocol):
     """One call's render stream: ``start()`` returns RenderReady, ``send()`` requests, ``events()`` the rest."""
 
-    kind = "abstract"
+    kind: str
     ready: renderer_pb2.RenderReady
 
-    async def start(self) -> renderer_pb2.RenderReady:
-        raise NotImplementedError
+    async def start(self) -> renderer_pb2.RenderReady: ...
 
-    def send(self, request: renderer_pb2.RenderRequest) -> None:
-        raise NotImplementedError
+    def send(self, request: renderer_pb2.RenderRequest) -> None: ...
 
-    def events(self) -> AsyncIterator[renderer_pb2.RenderEvent]:
-        raise NotImplementedError
+    def events(self) -> AsyncIterator[renderer_pb2.RenderEvent]: ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    async def close(self) -> None: ...
 
 
-class GrpcRenderLink(RenderLink):
+class GrpcRenderLink:
     """``parley.v1.Renderer/Render`` over a (shared) channel."""
 
     kind = "renderer"

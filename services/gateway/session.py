@@ -20,7 +20,6 @@ ICE restart) while the conversation, the render stream and the media clock go on
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -31,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client import Counter, Gauge, Histogram
 
 from parley.audio import Audio, encode_frame
@@ -41,6 +39,7 @@ from parley.session_store import SessionStore
 from parley.v1 import common_pb2, renderer_pb2, tts_pb2
 from services.control import streams
 from services.gateway.auth import JoinInfo
+from services.gateway.host import SessionHost
 from services.gateway.media import (
     CameraSink,
     MediaOut,
@@ -49,6 +48,7 @@ from services.gateway.media import (
     read_microphone,
 )
 from services.gateway.render import GrpcRenderLink, RenderLink, RenderParams
+from services.gateway.rtc import ice_servers, prefer_video_codec
 from services.orchestrator import (
     Conversation,
     EndOfTurnDetected,
@@ -78,13 +78,6 @@ CLIENT_LATENCY = Histogram(
     ["source"], buckets=LATENCY_BUCKETS,
 )
 
-EMOTIONS = {
-    "neutral": renderer_pb2.REPLICA_EMOTION_NEUTRAL, "joy": renderer_pb2.REPLICA_EMOTION_JOY,
-    "happy": renderer_pb2.REPLICA_EMOTION_JOY, "sorrow": renderer_pb2.REPLICA_EMOTION_SORROW,
-    "sad": renderer_pb2.REPLICA_EMOTION_SORROW, "anger": renderer_pb2.REPLICA_EMOTION_ANGER,
-    "angry": renderer_pb2.REPLICA_EMOTION_ANGER, "surprise": renderer_pb2.REPLICA_EMOTION_SURPRISE,
-    "surprised": renderer_pb2.REPLICA_EMOTION_SURPRISE,
-}
 MAX_DC_MESSAGE = 16 * 1024
 
 
@@ -110,21 +103,6 @@ class SpokenUtterance:
     done: bool = False
 
 
-def prefer_video_codec(transceiver: Any, codec: str) -> None:
-    """Put ``codec`` (vp8 | h264) first in a video transceiver's preferences (the others stay as fallback).
-    aiortc negotiates codecs in setRemoteDescription, so this must happen before it."""
-    want = f"video/{codec}".upper()
-    codecs = RTCRtpSender.getCapabilities("video").codecs
-    preferred = [c for c in codecs if c.mimeType.upper() == want]
-    if preferred:
-        transceiver.setCodecPreferences(preferred + [c for c in codecs if c not in preferred])
-
-
-def ice_servers(servers: list[Any]) -> list[RTCIceServer]:
-    return [RTCIceServer(urls=s.urls, username=s.username or None, credential=s.credential or None)
-            for s in servers]
-
-
 class CallSession:
     """One conversation's call on this gateway (see the module docstring)."""
 
@@ -143,6 +121,7 @@ class CallSession:
         self.resume_id = secrets.token_urlsafe(18)
         self.participant_id = "web-" + secrets.token_hex(4)
         self.prefix = config.key_prefix
+        self.host = SessionHost(self)
         self.pc: RTCPeerConnection | None = None
         self.dc: Any = None
         self.video_track: RenderedVideoTrack | None = None
@@ -186,7 +165,7 @@ class CallSession:
         self.tasks = [
             asyncio.create_task(self._pump_render(), name=f"render-{self.conversation_id}"),
             asyncio.create_task(self._pump_conversation(), name=f"conv-{self.conversation_id}"),
-            asyncio.create_task(self._pump_interactions(), name=f"interactions-{self.conversation_id}"),
+            asyncio.create_task(self.host.pump(), name=f"interactions-{self.conversation_id}"),
         ]
         await self._publish(streams.REPLICA_JOINED, {})
 
@@ -266,7 +245,7 @@ class CallSession:
                 if not self.connected_once:
                     self.connected_once = True
                     await self._publish(streams.PARTICIPANT_JOINED, {"participant_id": self.participant_id})
-                    if self.config.greeting and self.join.greeting and await self._first_greeting():
+                    if self.config.greeting and self.join.greeting and await self.host.first_greeting():
                         self.speak(self.join.greeting, kind="greeting")
             elif state == "failed":  # network trouble: the page may come back with its resume id
                 self._start_grace()
@@ -659,89 +638,3 @@ class CallSession:
             await streams.publish_event(self.redis, self.conversation_id, kind, data, self.prefix)
         except Exception as exc:  # the call goes on without the event stream
             log.warning("event publish failed", extra={"kind": kind, "error": f"{type(exc).__name__}: {exc}"})
-
-    async def _first_greeting(self) -> bool:
-        """True once per conversation (a rejoin is not greeted again)."""
-        try:
-            return bool(await self.redis.hsetnx(self._host_key(), "greeted", "1"))
-        except Exception:
-            return True
-
-    def _host_key(self) -> str:
-        return f"{self.prefix}gateway:conv:{self.conversation_id}"
-
-    async def _pump_interactions(self) -> None:
-        key = streams.interactions_key(self.conversation_id, self.prefix)
-        host_key = self._host_key()
-        last = await self.redis.hget(host_key, "interactions_last_id") or "0"
-        first_join = last == "0"
-        while not self.closed:
-            try:
-                reply = await self.redis.xread({key: last}, count=50, block=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reading interactions failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-                await asyncio.sleep(1.0)
-                continue
-            for _key, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    kind, data, ts = streams.decode_entry(fields)
-                    stale = first_join and ts and time.time() - ts > self.config.stale_interaction_s
-                    try:
-                        await self.apply_interaction(kind, data, stale=bool(stale))
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        log.exception("interaction failed", extra={"kind": kind})
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.hset(host_key, "interactions_last_id", last)
-                    pipe.expire(host_key, 7 * 24 * 3600)
-                    await pipe.execute()
-
-    async def apply_interaction(self, kind: str, data: dict[str, Any], stale: bool = False) -> None:
-        """Apply one control-plane interaction (see :mod:`services.control.streams`)."""
-        log.info("interaction", extra={"conversation_id": self.conversation_id, "kind": kind, "stale": stale})
-        if kind in ("echo", "respond", "interrupt") and stale:
-            return
-        if kind == "echo":
-            if data.get("text"):
-                self.speak(str(data["text"]))
-            elif data.get("audio_b64"):
-                self.play_audio(_decode_echo_audio(data))
-        elif kind == "respond":
-            text = str(data.get("text") or "").strip()
-            if text:
-                await self._typed(text)
-        elif kind == "interrupt":
-            await self.interrupt("api")
-        elif kind in ("overwrite_context", "append_context"):
-            context = str(data.get("context") or "")
-            if kind == "append_context":
-                self.join.context = "\n\n".join(x for x in (self.join.context, context) if x)
-            else:
-                self.join.context = context
-            self.persona_prompt = self._prompt(self.join.context)
-            self.conv.config = self.conv.config.model_copy(update={"persona_prompt": self.persona_prompt})
-        elif kind == "set_emotion":
-            emotion = EMOTIONS.get(str(data.get("emotion") or "neutral").lower(), renderer_pb2.REPLICA_EMOTION_NEUTRAL)
-            try:
-                intensity = float(data.get("intensity") or 1.0)
-            except (TypeError, ValueError):
-                intensity = 1.0
-            self._render_send(renderer_pb2.RenderRequest(emotion=renderer_pb2.RenderSetEmotion(
-                emotion=emotion, intensity=min(1.0, max(0.0, intensity)))))
-        elif kind == "end":
-            self._spawn(self.close(str(data.get("reason") or "ended")))
-
-
-def _decode_echo_audio(data: dict[str, Any]) -> Audio:
-    raw = base64.b64decode(str(data["audio_b64"]))
-    rate = int(data.get("sample_rate") or 24_000)
-    if data.get("encoding") == "pcm_f32le":
-        samples = np.frombuffer(raw[: len(raw) // 4 * 4], "<f4").astype(np.float32)
-    else:
-        samples = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2").astype(np.float32) / 32768.0
-    return Audio(np.clip(np.nan_to_num(samples), -1, 1), rate)
-

@@ -21,7 +21,7 @@ Stream contract (``Render``, bidirectional):
 
 Scheduling (``scheduler: auto``): ``backend: cpu`` renders every session's frames on ``render_threads``
 worker threads; ``backend: gsplat`` runs one shared render loop that batches all sessions' frames of a tick
-into one ``FaceRenderer.render_batch`` call (:class:`services.renderer.session.BatchScheduler`).
+into one ``FaceRenderer.render_batch`` call (:class:`services.renderer.schedulers.BatchScheduler`).
 ``scheduler: batch`` forces the batching loop for any backend.
 """
 
@@ -44,16 +44,8 @@ from parley.v1 import renderer_pb2, renderer_pb2_grpc
 from services.renderer.config import RendererServiceConfig
 from services.renderer.controls import Controls
 from services.renderer.driving import DrivingOptions, VisemeOptions
-from services.renderer.session import (
-    PIXEL_FORMATS,
-    BatchScheduler,
-    FrameScheduler,
-    RenderSession,
-    SessionParams,
-    ThreadScheduler,
-    parse_emotion,
-    parse_mode,
-)
+from services.renderer.schedulers import BatchScheduler, FrameScheduler, ThreadScheduler
+from services.renderer.session import PIXEL_FORMATS, RenderSession, SessionParams, parse_emotion, parse_mode
 
 log = logging.getLogger("parley.renderer")
 

@@ -137,7 +137,7 @@ async def test_join_tokens_are_checked_against_the_control_plane(redis_url):
 async def test_preferred_video_codec_is_negotiated(codec):
     from aiortc import RTCPeerConnection
 
-    from services.gateway.session import prefer_video_codec
+    from services.gateway.rtc import prefer_video_codec
 
     browser, gateway = RTCPeerConnection(), RTCPeerConnection()
     try:

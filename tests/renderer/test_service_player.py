@@ -10,7 +10,8 @@ import pytest
 from parley.errors import InvalidInput
 from services.renderer.controls import Controls
 from services.renderer.driving import DrivingOptions
-from services.renderer.session import BatchScheduler, SpeechPlayer, i420_to_rgb, rgb_to_i420
+from services.renderer.schedulers import BatchScheduler
+from services.renderer.session import SpeechPlayer, i420_to_rgb, rgb_to_i420
 
 RATE, FPS = 24_000, 30
 PER_FRAME = RATE // FPS

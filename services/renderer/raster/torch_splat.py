@@ -1,7 +1,7 @@
 """Differentiable tile splatting in PyTorch (CPU or CUDA): used to fit replicas, and as a backend.
 
 Same conventions as ``base.py``. Each tile gets the depth-ordered list of Gaussians whose cut-off
-disc touches it (padded to the longest list with a transparent dummy); alphas are evaluated for all
+disc touches it (padded to the longest list with a transparent filler); alphas are evaluated for all
 (tile, Gaussian, pixel) triples and composited with an exclusive cumulative sum of ``log(1 - alpha)``.
 """
 

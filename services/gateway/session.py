@@ -63,6 +63,7 @@ from services.orchestrator import (
     UserTranscript,
 )
 from services.orchestrator.clients import RequestStream, StageClients
+from services.orchestrator.persona import apply_persona_layers
 
 if TYPE_CHECKING:
     from services.gateway.config import GatewayConfig
@@ -157,8 +158,9 @@ class CallSession:
 
     async def start(self) -> None:
         """Open the conversation (turn + ASR streams) and the render stream; media starts flowing."""
-        conv_config: OrchestratorConfig = self.config.orchestrator.model_copy(
-            update={"persona_prompt": self.persona_prompt})
+        conv_config: OrchestratorConfig = apply_persona_layers(
+            self.config.orchestrator.model_copy(update={"persona_prompt": self.persona_prompt}),
+            self.join.spec.get("layers") or {})
         self.conv = Conversation(self.clients, conv_config, self.store, session_id=self.conversation_id)
         await self.conv.start()
         await self._open_render()

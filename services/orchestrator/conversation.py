@@ -81,10 +81,11 @@ class Conversation:
         if not await self.store.exists(self.session_id):
             await self.store.create(self.session_id, persona_prompt=self.config.persona_prompt)
         ref = self._ref()
-        self._turn_req = RequestStream(turn_pb2.TurnRequest(start=turn_pb2.TurnStart(session=ref)))
-        self._asr_req = RequestStream(
-            asr_pb2.AsrRequest(start=asr_pb2.AsrStart(session=ref, language="en", partials=self.config.asr_partials))
-        )
+        turn_config = turn_pb2.TurnConfig(end_of_turn_threshold=self.config.end_of_turn_threshold,
+                                          silence_timeout_ms=self.config.silence_timeout_ms)
+        self._turn_req = RequestStream(turn_pb2.TurnRequest(start=turn_pb2.TurnStart(session=ref, config=turn_config)))
+        self._asr_req = RequestStream(asr_pb2.AsrRequest(start=asr_pb2.AsrStart(
+            session=ref, language=self.config.language, partials=self.config.asr_partials)))
         turn_call = self.clients.turn.Detect(self._turn_req)
         asr_call = self.clients.asr.Transcribe(self._asr_req)
         self._calls = [turn_call, asr_call]

@@ -81,13 +81,16 @@ class Reply:
                 session=self.session,
                 persona_prompt=self.persona_prompt if self.persona_prompt is not None else self.config.persona_prompt,
                 messages=[llm_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in self.messages],
-                sampling=llm_pb2.Sampling(temperature=self.config.temperature, max_tokens=self.config.max_tokens),
+                sampling=llm_pb2.Sampling(temperature=self.config.temperature, top_p=self.config.top_p,
+                                          max_tokens=self.config.max_tokens),
+                model=self.config.llm_model,
             )
         )
 
     async def run(self) -> ReplyResult:
         tts_requests = RequestStream(
-            tts_pb2.TtsRequest(start=tts_pb2.TtsStart(session=self.session, voice=self.config.voice))
+            tts_pb2.TtsRequest(start=tts_pb2.TtsStart(session=self.session, voice=self.config.voice,
+                                                      speed=self.config.speed))
         )
         timeout = self.config.rpc_timeout_s
         self.tts_call = self.clients.tts.Synthesize(tts_requests, timeout=timeout)

@@ -222,3 +222,43 @@ async def test_say_speaks_text_without_the_llm_and_context_reaches_the_prompt(st
         collector.cancel()
         await clients.close()
         await store.close()
+
+
+async def test_persona_speed_and_patience_reach_the_stage_services(stack, speak, redis_url):
+    """A faster TTS speed gives shorter speech for the same text; a patient persona still closes the turn."""
+    from services.orchestrator.persona import apply_persona_layers
+
+    async def spoken_seconds(config: OrchestratorConfig) -> float:
+        clients = StageClients(config.endpoints)
+        store = SessionStore(redis_url)
+        conv = Conversation(clients, config, store)
+        await conv.start()
+        chunks, done = [], asyncio.Event()
+
+        async def collect():
+            async for event in conv.events():
+                if isinstance(event, ReplyAudio):
+                    chunks.append(event)
+                elif isinstance(event, ReplyDone):
+                    done.set()
+
+        task = asyncio.create_task(collect())
+        try:
+            await conv.say("The quick brown fox jumps over the lazy dog near the river bank.")
+            await asyncio.wait_for(done.wait(), 30)
+        finally:
+            await conv.close()
+            task.cancel()
+            await clients.close()
+            await store.close()
+        return max(c.audio.end_us for c in chunks) / 1e6
+
+    base = OrchestratorConfig(endpoints=StageEndpoints(**stack.endpoints), redis_url=redis_url)
+    fast = apply_persona_layers(base, {"tts": {"speed": 1.6}})
+    normal_s, fast_s = await spoken_seconds(base), await spoken_seconds(fast)
+    assert fast_s < 0.8 * normal_s, (normal_s, fast_s)
+
+    patient = apply_persona_layers(base, {"turn_taking": {"patience": "LEVEL_HIGH"}, "asr": {"language": "en"}})
+    result = await converse_once(stack.endpoints, redis_url, speak("What is the capital of France?"), patient)
+    assert not result.error and "france" in result.transcript.lower()
+    assert result.latency["end_of_turn_ms"] > 0

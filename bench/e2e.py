@@ -26,36 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from bench.voice_core import QUESTIONS, percentiles
 from parley.audio import Audio, resample
 from parley.redis_server import RedisProcess
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "How are you doing today?",
-    "Can you recommend a good book to read?",
-    "What is your favorite color?",
-    "Tell me something interesting about the ocean.",
-    "What should I cook for dinner tonight?",
-    "How far away is the moon?",
-    "What is the weather usually like in spring?",
-    "Do you like music?",
-    "Why is the sky blue?",
-    "What time is it in Tokyo?",
-    "Can you help me plan a trip to Italy?",
-]
 BREAKDOWN = ("end_of_turn_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "total_ms",
              "server_voice_to_face_ms")
 LEAD_S = 2.5
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    if not arr.size:
-        return {"n": 0}
-    return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1),
-            "min": round(float(arr.min()), 1), "max": round(float(arr.max()), 1), "n": int(arr.size)}
 
 
 def cpu_seconds(pid: int) -> float:

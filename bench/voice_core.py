@@ -43,7 +43,10 @@ FIELDS = ("end_of_turn_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_aud
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
+    """p50 / p95 / min / max / n of ``values`` (``{"n": 0}`` when empty)."""
     arr = np.asarray(values, dtype=float)
+    if not arr.size:
+        return {"n": 0}
     return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1),
             "min": round(float(arr.min()), 1), "max": round(float(arr.max()), 1), "n": int(arr.size)}
 

@@ -87,9 +87,9 @@ class SessionHost:
             return
         if kind == "echo":
             if data.get("text"):
-                self.call.speak(str(data["text"]))
+                self.call.echo.speak(str(data["text"]))
             elif data.get("audio_b64"):
-                self.call.play_audio(_decode_echo_audio(data))
+                self.call.echo.play_audio(_decode_echo_audio(data))
         elif kind == "respond":
             text = str(data.get("text") or "").strip()
             if text:
@@ -97,14 +97,7 @@ class SessionHost:
         elif kind == "interrupt":
             await self.call.interrupt("api")
         elif kind in ("overwrite_context", "append_context"):
-            context = str(data.get("context") or "")
-            if kind == "append_context":
-                self.call.join.context = "\n\n".join(x for x in (self.call.join.context, context) if x)
-            else:
-                self.call.join.context = context
-            prompt = self.call._prompt(self.call.join.context)
-            self.call.persona_prompt = prompt
-            self.call.conv.config = self.call.conv.config.model_copy(update={"persona_prompt": prompt})
+            self.call.conv.set_context(str(data.get("context") or ""), append=kind == "append_context")
         elif kind == "set_emotion":
             emotion = EMOTIONS.get(str(data.get("emotion") or "neutral").lower(), renderer_pb2.REPLICA_EMOTION_NEUTRAL)
             try:

@@ -26,7 +26,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -39,6 +39,7 @@ from parley.session_store import SessionStore
 from parley.v1 import common_pb2, renderer_pb2, tts_pb2
 from services.control import streams
 from services.gateway.auth import JoinInfo
+from services.gateway.echo import EchoSpeaker, SpokenUtterance
 from services.gateway.host import SessionHost
 from services.gateway.media import (
     CameraSink,
@@ -62,7 +63,7 @@ from services.orchestrator import (
     UserSpeechStopped,
     UserTranscript,
 )
-from services.orchestrator.clients import RequestStream, StageClients
+from services.orchestrator.clients import StageClients
 from services.orchestrator.persona import apply_persona_layers
 
 if TYPE_CHECKING:
@@ -87,21 +88,6 @@ class JoinOptions:
     """What the page asked for in its offer."""
 
     test_pattern: bool = False
-
-
-@dataclass
-class SpokenUtterance:
-    """Something the replica says: a reply turn or an echo / greeting."""
-
-    utterance_id: str
-    kind: str  # "reply" | "echo"
-    text: str = ""
-    turn_id: int = 0
-    first_audio_wall: float | None = None
-    started_wall: float | None = None
-    started_unix: float | None = None
-    latency: dict[str, float] = field(default_factory=dict)
-    done: bool = False
 
 
 class CallSession:
@@ -140,28 +126,24 @@ class CallSession:
         self._connect_task: asyncio.Task | None = None
         self.utterances: dict[str, SpokenUtterance] = {}
         self.playing: str | None = None
-        self.echo_tasks: set[asyncio.Task] = set()
         self._background: set[asyncio.Task] = set()
-        self._echo_seq = 0
+        self.echo = EchoSpeaker(self)
         self.user_speaking = False
         self._user_started_unix = 0.0
         self._user_stopped_unix = 0.0
         self._mode = renderer_pb2.REPLICA_MODE_IDLE
         self.rtp_origin: int | None = None
         self.stats: dict[str, Any] = {"client_latency_ms": [], "server_latency_ms": [], "mic_frames": 0}
-        self.persona_prompt = self._prompt(join.context)
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def _prompt(self, context: str) -> str:
-        base = self.join.system_prompt or self.config.orchestrator.persona_prompt
-        return "\n\n".join(x for x in (base, context) if x)
-
     async def start(self) -> None:
         """Open the conversation (turn + ASR streams) and the render stream; media starts flowing."""
+        base = self.config.orchestrator
         conv_config: OrchestratorConfig = apply_persona_layers(
-            self.config.orchestrator.model_copy(update={"persona_prompt": self.persona_prompt}),
+            base.model_copy(update={"persona_prompt": self.join.system_prompt or base.persona_prompt}),
             self.join.spec.get("layers") or {})
         self.conv = Conversation(self.clients, conv_config, self.store, session_id=self.conversation_id)
+        self.conv.set_context(self.join.context)
         await self.conv.start()
         await self._open_render()
         self.tasks = [
@@ -248,7 +230,7 @@ class CallSession:
                     self.connected_once = True
                     await self._publish(streams.PARTICIPANT_JOINED, {"participant_id": self.participant_id})
                     if self.config.greeting and self.join.greeting and await self.host.first_greeting():
-                        self.speak(self.join.greeting, kind="greeting")
+                        self.echo.speak(self.join.greeting, kind="greeting")
             elif state == "failed":  # network trouble: the page may come back with its resume id
                 self._start_grace()
             elif state == "closed":  # the browser closed the connection: leaving, unless a new offer follows
@@ -304,7 +286,7 @@ class CallSession:
         self._cancel_grace()
         if self._connect_task is not None:
             self._connect_task.cancel()
-        for task in list(self.echo_tasks):
+        for task in list(self.echo.tasks):
             task.cancel()
         if self.media is not None:
             self.media.close()
@@ -409,7 +391,7 @@ class CallSession:
 
     def replica_busy(self) -> bool:
         """The replica is speaking, about to, or still generating what it will say."""
-        return (self.playing is not None or bool(self.echo_tasks)
+        return (self.playing is not None or bool(self.echo.tasks)
                 or any(not u.done for u in self.utterances.values())
                 or (self.conv is not None and self.conv.replying))
 
@@ -417,7 +399,7 @@ class CallSession:
         """Stop the replica now: cancel echo speech and the reply, clear the renderer's buffer.
 
         ``stop_reply=False`` on barge-in: the orchestrator cancels its own reply when it hears the user."""
-        for task in list(self.echo_tasks):
+        for task in list(self.echo.tasks):
             task.cancel()
         self._render_send(renderer_pb2.RenderRequest(clear=renderer_pb2.RenderClearBuffer()))
         if stop_reply and self.conv is not None and self.conv.replying:
@@ -425,53 +407,6 @@ class CallSession:
         for utt in self.utterances.values():
             utt.done = True
         log.info("interrupted", extra={"conversation_id": self.conversation_id, "reason": reason})
-
-    def speak(self, text: str, kind: str = "echo") -> str:
-        """Say ``text`` with TTS, bypassing the LLM (echo interactions, greeting)."""
-        self._echo_seq += 1
-        uid = f"{kind}-{self._echo_seq}"
-        self.utterances[uid] = SpokenUtterance(uid, "echo", text=text)
-        task = asyncio.create_task(self._speak(uid, text))
-        self.echo_tasks.add(task)
-        task.add_done_callback(self.echo_tasks.discard)
-        return uid
-
-    async def _speak(self, uid: str, text: str) -> None:
-        ref = common_pb2.SessionRef(session_id=self.conversation_id, trace_id=f"{self.conversation_id}:{uid}")
-        requests = RequestStream(tts_pb2.TtsRequest(start=tts_pb2.TtsStart(session=ref,
-                                                                        voice=self.conv.config.voice)))
-        requests.send(tts_pb2.TtsRequest(text=tts_pb2.TextPiece(text=text)))
-        requests.send(tts_pb2.TtsRequest(flush=tts_pb2.TtsFlush()))
-        requests.close()
-        call = self.clients.tts.Synthesize(requests, timeout=self.conv.config.rpc_timeout_s)
-        try:
-            async for event in call:
-                if event.HasField("audio"):
-                    self._render_send(renderer_pb2.RenderRequest(
-                        speech=renderer_pb2.RenderSpeech(utterance_id=uid, speech=event.audio)))
-            self._render_send(renderer_pb2.RenderRequest(speech_end=renderer_pb2.RenderSpeechEnd(utterance_id=uid)))
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        except grpc.aio.AioRpcError as exc:
-            self.send({"type": "error", "message": f"speech synthesis failed: {exc.details()}"})
-        finally:
-            if uid in self.utterances:
-                self.utterances[uid].done = True
-
-    def play_audio(self, audio: Audio) -> str:
-        """Play recorded speech as is (echo with audio)."""
-        self._echo_seq += 1
-        uid = f"audio-{self._echo_seq}"
-        self.utterances[uid] = SpokenUtterance(uid, "echo", done=True)
-        step = audio.sample_rate * 4
-        for start in range(0, len(audio.samples), step):
-            frame = encode_frame(audio.samples[start:start + step], audio.sample_rate,
-                                 round(start * 1e6 / audio.sample_rate))
-            self._render_send(renderer_pb2.RenderRequest(speech=renderer_pb2.RenderSpeech(
-                utterance_id=uid, speech=tts_pb2.SpeechAudio(audio=frame))))
-        self._render_send(renderer_pb2.RenderRequest(speech_end=renderer_pb2.RenderSpeechEnd(utterance_id=uid)))
-        return uid
 
     # -- conversation events -----------------------------------------------------------------------------
     async def _pump_conversation(self) -> None:

@@ -183,24 +183,40 @@ def test_cli_converse_writes_an_mp4_of_the_replica_speaking(stack, speak, tmp_pa
     assert max(float(f.std()) for f in frames) > 20  # a face, not a blank frame
 
 
+class LiveConversation:
+    """A started Conversation whose reply audio and completions are collected in the background."""
+
+    def __init__(self, config: OrchestratorConfig, redis_url: str) -> None:
+        self.clients = StageClients(config.endpoints)
+        self.store = SessionStore(redis_url)
+        self.conv = Conversation(self.clients, config, self.store)
+        self.chunks: list[ReplyAudio] = []
+        self.done = asyncio.Event()
+
+    async def __aenter__(self) -> "LiveConversation":
+        await self.conv.start()
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def _collect(self) -> None:
+        async for event in self.conv.events():
+            if isinstance(event, ReplyAudio):
+                self.chunks.append(event)
+            elif isinstance(event, ReplyDone):
+                self.done.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conv.close()
+        self._task.cancel()
+        await self.clients.close()
+        await self.store.close()
+
+
 async def test_say_speaks_text_without_the_llm_and_context_reaches_the_prompt(stack, redis_url):
     config = OrchestratorConfig(endpoints=StageEndpoints(**stack.endpoints), redis_url=redis_url,
                                 persona_prompt="You are Anna, a hotel concierge.")
-    clients = StageClients(config.endpoints)
-    store = SessionStore(redis_url)
-    conv = Conversation(clients, config, store)
-    await conv.start()
-    chunks, done = [], asyncio.Event()
-
-    async def collect():
-        async for event in conv.events():
-            if isinstance(event, ReplyAudio):
-                chunks.append(event)
-            elif isinstance(event, ReplyDone):
-                done.set()
-
-    collector = asyncio.create_task(collect())
-    try:
+    async with LiveConversation(config, redis_url) as live:
+        conv, store, chunks, done = live.conv, live.store, live.chunks, live.done
         await conv.say("Welcome to the Grand Hotel.")
         await asyncio.wait_for(done.wait(), 30)
         assert conv.last_reply.llm_call is None  # echo bypasses the LLM
@@ -217,11 +233,6 @@ async def test_say_speaks_text_without_the_llm_and_context_reaches_the_prompt(st
         await conv.respond("When is checkout?")
         await asyncio.wait_for(done.wait(), 30)
         assert conv.last_reply.persona_prompt == conv.persona_prompt and conv.last_reply.llm_call is not None
-    finally:
-        await conv.close()
-        collector.cancel()
-        await clients.close()
-        await store.close()
 
 
 async def test_persona_speed_and_patience_reach_the_stage_services(stack, speak, redis_url):
@@ -229,29 +240,10 @@ async def test_persona_speed_and_patience_reach_the_stage_services(stack, speak,
     from services.orchestrator.persona import apply_persona_layers
 
     async def spoken_seconds(config: OrchestratorConfig) -> float:
-        clients = StageClients(config.endpoints)
-        store = SessionStore(redis_url)
-        conv = Conversation(clients, config, store)
-        await conv.start()
-        chunks, done = [], asyncio.Event()
-
-        async def collect():
-            async for event in conv.events():
-                if isinstance(event, ReplyAudio):
-                    chunks.append(event)
-                elif isinstance(event, ReplyDone):
-                    done.set()
-
-        task = asyncio.create_task(collect())
-        try:
-            await conv.say("The quick brown fox jumps over the lazy dog near the river bank.")
-            await asyncio.wait_for(done.wait(), 30)
-        finally:
-            await conv.close()
-            task.cancel()
-            await clients.close()
-            await store.close()
-        return max(c.audio.end_us for c in chunks) / 1e6
+        async with LiveConversation(config, redis_url) as live:
+            await live.conv.say("The quick brown fox jumps over the lazy dog near the river bank.")
+            await asyncio.wait_for(live.done.wait(), 30)
+        return max(c.audio.end_us for c in live.chunks) / 1e6
 
     base = OrchestratorConfig(endpoints=StageEndpoints(**stack.endpoints), redis_url=redis_url)
     fast = apply_persona_layers(base, {"tts": {"speed": 1.6}})

@@ -60,6 +60,38 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     return soxr.resample(samples.astype(np.float32, copy=False), src_rate, dst_rate).astype(np.float32)
 
 
+class StreamResampler:
+    """Resamples consecutive chunks to ``dst_rate`` without clicks at chunk edges.
+
+    One soxr stream per run of chunks at the same input rate carries the filter state across chunks
+    (resampling each chunk on its own would leave a discontinuity at every edge). A new input rate, or
+    :meth:`flush`, ends the run; the output then holds the filter's delayed tail.
+    """
+
+    def __init__(self, dst_rate: int) -> None:
+        self.dst_rate = dst_rate
+        self.src_rate = 0
+        self._stream: soxr.ResampleStream | None = None
+
+    def push(self, samples: np.ndarray, src_rate: int) -> np.ndarray:
+        """Resample the next chunk (float32 out; its length varies with the filter delay)."""
+        head = self.flush() if src_rate != self.src_rate else None
+        if src_rate != self.src_rate:
+            self.src_rate = src_rate
+            if src_rate != self.dst_rate:
+                self._stream = soxr.ResampleStream(src_rate, self.dst_rate, 1, dtype="float32", quality="HQ")
+        samples = samples.astype(np.float32, copy=False)
+        out = samples if self._stream is None else self._stream.resample_chunk(samples)
+        return np.concatenate([head, out]) if head is not None and len(head) else out
+
+    def flush(self) -> np.ndarray:
+        """End the current run: the samples still inside the filter (empty when not resampling)."""
+        stream, self._stream, self.src_rate = self._stream, None, 0
+        if stream is None:
+            return np.zeros(0, np.float32)
+        return stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
 def decode_frame(
     frame: common_pb2.AudioFrame,
     target_rate: int | None = None,

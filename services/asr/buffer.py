@@ -6,9 +6,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import soxr
 
-from parley.audio import Audio
+from parley.audio import Audio, StreamResampler
 
 from .backends.base import SAMPLE_RATE
 
@@ -54,7 +53,7 @@ class AudioInput:
 
     def __init__(self) -> None:
         self._rate = 0
-        self._stream: soxr.ResampleStream | None = None
+        self._resampler = StreamResampler(SAMPLE_RATE)
         self._origin_us = 0  # session time of the first input sample of the current run
         self._in_count = 0  # input samples in the current run
         self._out_count = 0  # 16 kHz samples emitted for the current run
@@ -75,15 +74,8 @@ class AudioInput:
             self._rate = audio.sample_rate
             self._origin_us = ts if ts else next_us
             self._in_count = self._out_count = 0
-            self._stream = (
-                None
-                if self._rate == SAMPLE_RATE
-                else soxr.ResampleStream(self._rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-            )
-        samples = audio.samples.astype(np.float32, copy=False)
-        self._in_count += len(samples)
-        if self._stream is not None:
-            samples = self._stream.resample_chunk(samples)
+        self._in_count += len(audio.samples)
+        samples = self._resampler.push(audio.samples, self._rate)
         if len(samples):
             out.append((samples, self._origin_us + samples_to_us(self._out_count)))
             self._out_count += len(samples)
@@ -91,15 +83,12 @@ class AudioInput:
 
     def reset(self) -> None:
         """Forget the resampler state (RESET): audio still inside the filter is dropped."""
-        self._stream = None
+        self._resampler = StreamResampler(SAMPLE_RATE)
         self._rate = 0
         self._in_count = self._out_count = 0
 
     def _flush(self) -> list[tuple[np.ndarray, int]]:
-        if self._stream is None:
-            return []
-        tail = self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
-        self._stream = None
+        tail = self._resampler.flush()
         if not len(tail):
             return []
         start = self._origin_us + samples_to_us(self._out_count)

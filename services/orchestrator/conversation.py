@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from parley.audio import Audio, Framer, encode_frame, resample
+from parley.audio import Audio, Framer, StreamResampler, encode_frame
 from parley.session_store import SessionStore
 from parley.v1 import asr_pb2, common_pb2, turn_pb2
 from services.orchestrator.clients import RequestStream, StageClients
@@ -58,6 +58,7 @@ class Conversation:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         rate = config.input_sample_rate
         self._framer = Framer(rate * config.frame_ms // 1000, rate)
+        self._resampler = StreamResampler(rate)
         self._samples_sent = 0
         self._clock = FrameClock()
         self._turn_req: RequestStream | None = None
@@ -127,7 +128,7 @@ class Conversation:
         if self.closed:
             return
         rate = self.config.input_sample_rate
-        samples = resample(audio.samples, audio.sample_rate, rate)
+        samples = self._resampler.push(audio.samples, audio.sample_rate)
         chunk = Audio(samples, rate, self._us(self._samples_sent))
         self._samples_sent += len(samples)
         for frame in self._framer.push(chunk):

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from parley import metrics
-from parley.audio import decode_frame
+from parley.audio import Audio, StreamResampler, decode_frame
 from parley.bootstrap import ServiceApp
 from parley.errors import BackendUnavailable, InvalidInput
 from parley.log import bind, unbind
@@ -167,6 +167,7 @@ class TurnTakingServicer(turn_pb2_grpc.TurnTakingServicer):
     @staticmethod
     async def _read(it: AsyncIterator[turn_pb2.TurnRequest], session: TurnSession) -> None:
         """Feed audio into the session; end its events at half-close, or with the first error."""
+        resampler = StreamResampler(SAMPLE_RATE)  # seamless across frames (one-shot per frame would click)
         try:
             async for request in it:
                 _count_in()
@@ -175,7 +176,9 @@ class TurnTakingServicer(turn_pb2_grpc.TurnTakingServicer):
                     raise InvalidInput("TurnStart may only be sent once, as the first message")
                 if kind != "audio":
                     raise InvalidInput("a TurnRequest must carry audio after the TurnStart")
-                await session.push(decode_frame(request.audio, target_rate=SAMPLE_RATE))
+                audio = decode_frame(request.audio)
+                samples = resampler.push(audio.samples, audio.sample_rate)
+                await session.push(Audio(samples, SAMPLE_RATE, audio.timestamp_us))
             await session.finish()
         except asyncio.CancelledError:
             raise
